@@ -536,10 +536,10 @@ def _quick_profile() -> Profile:
     )
 
 
-# epochs of the quick profile: about 1.04 M training views in all, i.e.
-# roughly 8 minutes at the ~2,300 views/s of this network on a quiet 2-core
-# CPU (cpu-scale.md); the aux runs see 4 rotations, hence fewer epochs
-QUICK_EPOCHS = {"plain": 80, "aux": 25, "ce": 80, "ft": 20}
+# epochs of the quick profile: about 0.8 M training views in all, i.e.
+# about 9 minutes of training at the ~1,400 views/s measured for this network
+# on a quiet 2-core CPU; the aux runs see 4 rotations, hence fewer epochs
+QUICK_EPOCHS = {"plain": 60, "aux": 20, "ce": 50, "ft": 12}
 
 
 def _smoke_profile() -> Profile:

@@ -147,3 +147,35 @@ def test_rotation_sei_average_adds_the_rotation_log_likelihood():
 def test_missing_checkpoint_names_the_path_and_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="mcl_core.train"):
         E.evaluate(tmp_path / "nothing", progress=False)
+
+
+def _write_pngs(folder, count, colour, size=12):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(folder)))
+    for i in range(count):
+        noise = rng.integers(0, 40, (size, size, 3))
+        pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i}.png")
+
+
+def test_own_image_folders_train_and_evaluate(tmp_path):
+    # a user's data: two classes in the ImageFolder layout, OOD as a flat
+    # folder, selected only through settings
+    ind, ood = tmp_path / "parts", tmp_path / "defects"
+    for split, count in (("train", 16), ("test", 6)):
+        _write_pngs(ind / split / "bolt", count, (200, 40, 40))
+        _write_pngs(ind / split / "nut", count, (40, 40, 200))
+    _write_pngs(ood, 6, (40, 200, 40))
+    settings = TINY + [
+        f"data.dataset=folder:{ind}", "data.classes=none",
+        f"data.ood=folder:{ood}", "data.images_per_batch=8",
+    ]
+    cfg = C.get_experiment("smoke", "mcl", settings)
+    T.train(cfg, tmp_path / "run", progress=False)
+    metrics = E.evaluate(tmp_path / "run", progress=False)
+
+    assert metrics["ood_datasets"] == [f"folder:{ood}"]
+    rows = [r for r in metrics["results"] if r["ways"] == 8]
+    assert rows and all(0.0 <= r["auroc"] <= 1.0 for r in rows)
