@@ -86,12 +86,17 @@ def engine_views_per_s(width: int, steps: int, images: torch.Tensor,
         sl = slice(step * n, (step + 1) * n)
         batch = build_train_batch(images[sl], labels[sl], aux_mode="aux",
                                   augment=augment, generator=gen)
-        out = compute_loss(cfg, model, batch, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        float(out.parts["loss"])
+        train_step(cfg, model, opt, batch, gen)
     return steps * 256 / (time.perf_counter() - start)
+
+
+def train_step(cfg, model, opt, batch: TrainBatch, gen) -> None:
+    """Loss, backward and optimiser step; reading the loss syncs the step."""
+    out = compute_loss(cfg, model, batch, generator=gen)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    opt.step()
+    float(out.parts["loss"])
 
 
 def released_views_per_s(width: int, steps: int, images: torch.Tensor,
@@ -109,11 +114,7 @@ def released_views_per_s(width: int, steps: int, images: torch.Tensor,
         views, y, aux = next(it)                   # (128, 2, 3, 32, 32)
         views = views.flatten(0, 1)                # (256, 3, 32, 32)
         batch = TrainBatch(views, y.long(), aux.long())
-        out = compute_loss(cfg, model, batch, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        float(out.parts["loss"])
+        train_step(cfg, model, opt, batch, gen)
     return steps * 256 / (time.perf_counter() - start)
 
 

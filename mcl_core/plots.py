@@ -271,11 +271,7 @@ def mask_heatmap(regions: np.ndarray, coefficients: Mapping[int, str],
     ax = axes[0, 0]
     ax.imshow(regions, cmap=cmap, vmin=-0.5, vmax=4.5,
               interpolation="nearest")
-    if tick_labels is not None:
-        ticks = np.arange(len(tick_labels))
-        ax.set_xticks(ticks, tick_labels, rotation=90, fontsize="x-small")
-        ax.set_yticks(ticks, tick_labels, fontsize="x-small")
-    ax.grid(False)
+    _view_axes(ax, tick_labels)
     ax.set_xlabel("view k (denominator term)")
     ax.set_ylabel("anchor view i")
     handles = [
@@ -287,6 +283,15 @@ def mask_heatmap(regions: np.ndarray, coefficients: Mapping[int, str],
               frameon=False)
     fig.tight_layout()
     return fig
+
+
+def _view_axes(ax, tick_labels: Sequence[str] | None) -> None:
+    """Label both axes of a (2N, 2N) view-pair heatmap, without a grid."""
+    if tick_labels is not None:
+        ticks = np.arange(len(tick_labels))
+        ax.set_xticks(ticks, tick_labels, rotation=90, fontsize="x-small")
+        ax.set_yticks(ticks, tick_labels, fontsize="x-small")
+    ax.grid(False)
 
 
 def positives_heatmap(candidates: np.ndarray, drawn: np.ndarray | None = None,
@@ -304,11 +309,7 @@ def positives_heatmap(candidates: np.ndarray, drawn: np.ndarray | None = None,
                    label="drawn positive j_i")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12),
                   frameon=False)
-    if tick_labels is not None:
-        ticks = np.arange(len(tick_labels))
-        ax.set_xticks(ticks, tick_labels, rotation=90, fontsize="x-small")
-        ax.set_yticks(ticks, tick_labels, fontsize="x-small")
-    ax.grid(False)
+    _view_axes(ax, tick_labels)
     ax.set_xlabel("candidate view k")
     ax.set_ylabel("anchor view i")
     fig.tight_layout()
