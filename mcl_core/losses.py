@@ -48,6 +48,7 @@ __all__ = [
     "ccm_loss",
     "draw_spa_positives",
     "mcl_loss",
+    "mcl_loss_terms",
     "nt_xent",
     "spa_loss",
     "supcon_loss",
@@ -571,6 +572,38 @@ def spa_loss(
     return _reduce(rows, reduction, valid)
 
 
+def mcl_loss_terms(
+    z: Tensor,
+    labels: Tensor,
+    aux_labels: Tensor | None = None,
+    *,
+    positives: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    tau: float = 0.2,
+    alpha: float = 0.05,
+    beta: float = 2.0,
+    variant: str = "official",
+    positive_label: str = "joint",
+    expected: bool = False,
+    reduction: str = "mean",
+) -> tuple[Tensor, Tensor]:
+    """The CCM and SPA terms of Eq. 10, from one similarity matrix.
+
+    Arguments as in :func:`spa_loss`. Returns ``(ccm, spa)``, each reduced
+    as ``reduction`` says (SPA over the views that have a partner).
+    """
+    z, table, cand, target = _spa_setup(
+        z, labels, aux_labels, positives, generator, tau, alpha, beta, variant,
+        positive_label, expected, reduction,
+    )
+    sim = _cosine(z, variant)  # (2N, 2N)
+    ccm_rows = _ccm_rows(sim, table, tau=tau, variant=variant)  # (2N,)
+    spa_rows, valid = _spa_rows(
+        sim, table, cand, target, tau=tau, alpha=alpha, beta=beta, variant=variant
+    )
+    return _reduce(ccm_rows, reduction), _reduce(spa_rows, reduction, valid)
+
+
 def mcl_loss(
     z: Tensor,
     labels: Tensor,
@@ -592,23 +625,14 @@ def mcl_loss(
     Arguments as in :func:`ccm_loss` and :func:`spa_loss`; ``spa_weight`` is
     lambda. The two terms share one similarity matrix.
     """
-    z, table, cand, target = _spa_setup(
-        z, labels, aux_labels, positives, generator, tau, alpha, beta, variant,
-        positive_label, expected, reduction,
-    )
-    sim = _cosine(z, variant)  # (2N, 2N)
-    ccm_rows = _ccm_rows(sim, table, tau=tau, variant=variant)  # (2N,)
-    spa_rows, valid = _spa_rows(
-        sim, table, cand, target, tau=tau, alpha=alpha, beta=beta, variant=variant
-    )
-
     # NOTE: with views lacking a partner, the mean of the "none" rows differs
     # from the "mean" loss: SPA is averaged over the views that have one.
-    if reduction == "none":
-        return ccm_rows + spa_weight * spa_rows
-    return _reduce(ccm_rows, reduction) + spa_weight * _reduce(
-        spa_rows, reduction, valid
+    ccm, spa = mcl_loss_terms(
+        z, labels, aux_labels, positives=positives, generator=generator,
+        tau=tau, alpha=alpha, beta=beta, variant=variant,
+        positive_label=positive_label, expected=expected, reduction=reduction,
     )
+    return ccm + spa_weight * spa
 
 
 def supcon_loss(

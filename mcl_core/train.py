@@ -61,7 +61,7 @@ from mcl_core.data import (
     data_root, load_dataset_cached,
 )
 from mcl_core.losses import (
-    ccm_loss, draw_spa_positives, nt_xent, spa_loss, supcon_loss,
+    ccm_loss, draw_spa_positives, mcl_loss_terms, nt_xent, supcon_loss,
 )
 from mcl_core.model import (
     MCLNet, load_released_checkpoint, released_checkpoint_info,
@@ -267,17 +267,19 @@ def compute_loss(
         if cfg.method == "mcl":
             masks = dict(tau=lc.tau, alpha=lc.alpha, beta=lc.beta,
                          variant=lc.variant)
-            parts["ccm"] = ccm_loss(z, y, aux, **masks)
-            gathered = parts["ccm"]
             if lc.spa:
                 pos = draw_spa_positives(
                     y, aux, generator=generator, variant=lc.variant,
                     positive_label=lc.positive_label,
                 )
-                parts["spa"] = spa_loss(z, y, aux, positives=pos,
-                                        positive_label=lc.positive_label,
-                                        **masks)
-                gathered = gathered + lc.spa_weight * parts["spa"]
+                # both terms from one similarity matrix (Eq. 10)
+                parts["ccm"], parts["spa"] = mcl_loss_terms(
+                    z, y, aux, positives=pos,
+                    positive_label=lc.positive_label, **masks,
+                )
+                gathered = parts["ccm"] + lc.spa_weight * parts["spa"]
+            else:
+                parts["ccm"] = gathered = ccm_loss(z, y, aux, **masks)
         elif cfg.method == "supclr":
             parts["supcon"] = gathered = supcon_loss(z, y, tau=lc.tau)
         else:

@@ -148,6 +148,13 @@ def test_mcl_terms_match_ccm_and_spa_vectors(case, var, variant):
     assert_close(ccm, _t(d[prefix + "ccm_rows"]), rtol=1e-7, atol=1e-10)
     assert_close(spa, _t(d[prefix + "spa_rows"]), rtol=1e-7, atol=1e-10)
 
+    # the shared-similarity terms the trainer logs are the same two losses
+    terms = losses.mcl_loss_terms(
+        z, labels, aux, positives=_t(d[f"{case}__{key}"]), **settings
+    )
+    assert_close(terms[0], ccm.mean(), rtol=1e-12, atol=0.0)
+    assert_close(terms[1], spa.mean(), rtol=1e-12, atol=0.0)
+
 
 # ---------------------------------------------------------------------------
 # a toy batch worked out by hand: 2 entries of one class, D = 2
